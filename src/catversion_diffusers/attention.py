@@ -73,13 +73,23 @@ class CatVersionAttention(nn.Module):
         attention (`nn.Module`): the ``CLIPAttention`` module to wrap.
     """
 
+    def __new__(cls, attention: nn.Module):
+        # Also an instance of the wrapped class (e.g. CLIPAttention), so that isinstance-based machinery such as
+        # transformers' output-recording hooks still recognises the module.
+        if cls is CatVersionAttention and isinstance(attention, nn.Module):
+            cls = _catversion_subclass(type(attention))
+        return super().__new__(cls)
+
     def __init__(self, attention: nn.Module):
-        super().__init__()
+        nn.Module.__init__(self)  # not the wrapped class's __init__: nothing is rebuilt
         for name, value in vars(attention).items():
             if not name.startswith("_") and name != "training":
                 setattr(self, name, value)  # config, embed_dim, num_heads, head_dim, scale, dropout, is_causal...
         for name, child in attention.named_children():
             setattr(self, name, child)  # shared, not copied
+        for hooks in _HOOK_DICTS:  # shared: hooks registered on either module apply to both
+            if hasattr(attention, hooks):
+                setattr(self, hooks, getattr(attention, hooks))
         self.train(attention.training)
         # Plain attributes (not registered): the original module and the residuals of each concept.
         self.__dict__["original_attention"] = attention
@@ -157,6 +167,27 @@ class CatVersionAttention(nn.Module):
     def _residual_heads(tensors: List[torch.Tensor], like: torch.Tensor, num_heads: int) -> torch.Tensor:
         stacked = torch.cat([t.to(device=like.device, dtype=like.dtype) for t in tensors], dim=0)  # [n, d]
         return stacked.view(1, stacked.shape[0], num_heads, -1).transpose(1, 2)  # [1, h, n, dh]
+
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+)
+_SUBCLASSES: Dict[type, type] = {}
+
+
+def _catversion_subclass(attention_class: type) -> type:
+    """``CatVersionAttention`` mixed with the wrapped attention class (cached, one per class)."""
+    if issubclass(attention_class, CatVersionAttention):
+        raise TypeError("This attention module is already a CatVersionAttention.")
+    if attention_class not in _SUBCLASSES:
+        _SUBCLASSES[attention_class] = type(
+            f"CatVersion{attention_class.__name__}", (CatVersionAttention, attention_class), {"__module__": __name__}
+        )
+    return _SUBCLASSES[attention_class]
 
 
 def _parse_mask_arguments(args: tuple, kwargs: dict) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Any]:
