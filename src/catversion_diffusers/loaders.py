@@ -77,7 +77,13 @@ def resolve_catversion_file(
         )
 
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if path.count("/") > 1 or path.startswith((".", "/", "~")):
         raise CatVersionNotFoundError(
@@ -94,16 +100,19 @@ def resolve_catversion_file(
             local_files_only=bool(local_files_only),
             force_download=force_download,
         )
-    except (LocalEntryNotFoundError, OSError) as error:
-        if isinstance(error, (EntryNotFoundError, RepositoryNotFoundError)) and not isinstance(error, LocalEntryNotFoundError):
-            raise _hub_not_found(path, weight_name, error) from error
+    except LocalEntryNotFoundError as error:  # before EntryNotFoundError: it is a subclass
         raise CatVersionNotFoundError(
             f"Could not get {weight_name or DEFAULT_WEIGHT_NAME!r} of {path!r}: it is not a local file or folder, it "
-            "is not in the Hugging Face cache, and the Hub could not be reached (offline, or HF_HUB_OFFLINE=1). "
-            "Connect once to download it, or pass the path of a local copy."
+            "is not in the Hugging Face cache, and the Hub could not be reached (offline, HF_HUB_OFFLINE=1 or "
+            "local_files_only=True). Connect once to download it, or pass the path of a local copy."
         ) from error
-    except HfHubHTTPError as error:
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise _hub_not_found(path, weight_name, error) from error
+    except (HfHubHTTPError, OSError) as error:
+        raise CatVersionNotFoundError(
+            f"Could not download {weight_name or DEFAULT_WEIGHT_NAME!r} of {path!r} from the Hugging Face Hub "
+            f"({type(error).__name__}: {error}). Check your connection, the repo id and `token=`."
+        ) from error
 
 
 def _hub_not_found(repo_id: str, weight_name: Optional[str], error: Exception) -> CatVersionNotFoundError:
