@@ -73,9 +73,10 @@ class CatVersionAttention(nn.Module):
         attention (`nn.Module`): the ``CLIPAttention`` module to wrap.
     """
 
-    def __new__(cls, attention: nn.Module):
+    def __new__(cls, attention: Optional[nn.Module] = None):
         # Also an instance of the wrapped class (e.g. CLIPAttention), so that isinstance-based machinery such as
-        # transformers' output-recording hooks still recognises the module.
+        # transformers' output-recording hooks still recognises the module. ``attention`` is optional because
+        # copy.deepcopy re-creates the (already mixed) class without arguments.
         if cls is CatVersionAttention and isinstance(attention, nn.Module):
             cls = _catversion_subclass(type(attention))
         return super().__new__(cls)
