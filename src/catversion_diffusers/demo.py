@@ -132,7 +132,7 @@ def run_demo(
     learning_rate: float = 5e-3,
     num_seeds: int = 3,
     num_inference_steps: int = 25,
-    guidance_scale: float = 5.0,
+    guidance_scale: float = 8.0,
     seed: int = 0,
 ) -> Dict[str, object]:
     """Train, save, reload into a stock pipeline, generate and score. Returns the metrics written to metrics.json."""
@@ -213,7 +213,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser.add_argument("--learning_rate", type=float, default=5e-3)
     parser.add_argument("--num_seeds", type=int, default=3)
     parser.add_argument("--num_inference_steps", type=int, default=25)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--guidance_scale", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     import logging
