@@ -29,8 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from catversion_diffusers.demo import edit_prompts, generate, score_concept_images
-from catversion_diffusers.training import CatVersionTrainer, CatVersionTrainingConfig
+from catversion_diffusers.demo import edit_prompts, generate, score_concept_images, train_world_concept
 from catversion_diffusers.world import get_concept, load_eval_clip, load_world_pipeline
 
 METHODS = ("catversion", "catversion_all", "catversion_first", "textual_inversion", "base")
@@ -38,21 +37,7 @@ PLACEHOLDER = "<concept>"
 
 
 def train_catversion(concept, layers, steps: int, lr: float, seed: int, output_dir: str) -> str:
-    config = CatVersionTrainingConfig(
-        class_word=concept.class_word,
-        output_dir=output_dir,
-        adapter_name=concept.name,
-        resolution=32,
-        max_train_steps=steps,
-        learning_rate=lr,
-        residual_layers=layers,
-        checkpointing_steps=None,
-        report_to=None,
-        seed=seed,
-        overwrite_output_dir=True,
-        mixed_precision="no",
-    )
-    return CatVersionTrainer(load_world_pipeline(), config).train(concept.reference_images()).path
+    return train_world_concept(concept, output_dir, steps, lr, seed, residual_layers=layers).path
 
 
 def train_textual_inversion(concept, steps: int, lr: float, seed: int, output_dir: str) -> str:

@@ -125,6 +125,30 @@ def labelled_grid(
 
 
 # ------------------------------------------------------------------------------------------------------ main job
+def train_world_concept(
+    concept, output_dir: str, max_train_steps: int, learning_rate: float, seed: int, residual_layers=None
+):
+    """Train CatVersion on a world concept's references with the library trainer; returns its training result."""
+    from .training import CatVersionTrainer, CatVersionTrainingConfig
+    from .world import load_world_pipeline
+
+    config = CatVersionTrainingConfig(
+        class_word=concept.class_word,
+        output_dir=output_dir,
+        adapter_name=concept.name,
+        resolution=32,
+        max_train_steps=max_train_steps,
+        learning_rate=learning_rate,
+        residual_layers=residual_layers,
+        checkpointing_steps=None,
+        report_to=None,
+        seed=seed,
+        overwrite_output_dir=True,
+        mixed_precision="no",
+    )
+    return CatVersionTrainer(load_world_pipeline(), config).train(concept.reference_images())
+
+
 def run_demo(
     output_dir: str = "demo_output",
     concept_name: str = "striped_circle",
@@ -136,7 +160,6 @@ def run_demo(
     seed: int = 0,
 ) -> Dict[str, object]:
     """Train, save, reload into a stock pipeline, generate and score. Returns the metrics written to metrics.json."""
-    from .training import CatVersionTrainer, CatVersionTrainingConfig
     from .world import get_concept, load_eval_clip, load_world_pipeline
 
     os.makedirs(output_dir, exist_ok=True)
@@ -144,20 +167,7 @@ def run_demo(
     started = time.perf_counter()
 
     # 1-2. Train on the references with the class word only.
-    config = CatVersionTrainingConfig(
-        class_word=concept.class_word,
-        output_dir=os.path.join(output_dir, concept.name),
-        adapter_name=concept.name,
-        resolution=32,
-        max_train_steps=max_train_steps,
-        learning_rate=learning_rate,
-        checkpointing_steps=None,
-        report_to=None,
-        seed=seed,
-        overwrite_output_dir=True,
-        mixed_precision="no",
-    )
-    result = CatVersionTrainer(load_world_pipeline(), config).train(concept.reference_images())
+    result = train_world_concept(concept, os.path.join(output_dir, concept.name), max_train_steps, learning_rate, seed)
     train_seconds = time.perf_counter() - started
     logger.info(f"Trained {concept.name} in {train_seconds:.1f} s; residual file: {result.path}")
 

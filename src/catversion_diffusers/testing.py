@@ -104,6 +104,23 @@ def tiny_clip_text_model(
     return cls(config).eval()
 
 
+def tiny_vae(sample_size: int = 32, seed: int = 0):
+    """A random two-level ``AutoencoderKL`` (4 latent channels, downsampling by 2)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=sample_size,
+    )
+
+
 def tiny_stable_diffusion_components(
     tokenizer_dir: str,
     hidden_size: int = 32,
@@ -113,7 +130,7 @@ def tiny_stable_diffusion_components(
     words: Sequence[str] = DEFAULT_WORDS,
 ) -> dict:
     """Components of a tiny Stable Diffusion 1.x pipeline (random weights, offline)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     tokenizer = tiny_clip_tokenizer(tokenizer_dir, words)
     text_encoder = tiny_clip_text_model(tokenizer, hidden_size, num_text_layers, seed=seed)
@@ -130,17 +147,7 @@ def tiny_stable_diffusion_components(
         norm_num_groups=2,
         attention_head_dim=2,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=sample_size * 2,
-    )
+    vae = tiny_vae(sample_size * 2, seed)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
         steps_offset=1,
@@ -171,7 +178,7 @@ def tiny_stable_diffusion_pipeline(tokenizer_dir: str, pipeline_class=None, **kw
 
 def tiny_stable_diffusion_xl_pipeline(tokenizer_dir: str, hidden_size: int = 32, num_text_layers: int = 5, seed=0):
     """A tiny ``StableDiffusionXLPipeline`` with two CLIP text encoders (random weights, offline)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = tiny_clip_tokenizer(tokenizer_dir)
     text_encoder = tiny_clip_text_model(tokenizer, hidden_size, num_text_layers, seed=seed)
@@ -194,17 +201,7 @@ def tiny_stable_diffusion_xl_pipeline(tokenizer_dir: str, hidden_size: int = 32,
         cross_attention_dim=2 * hidden_size,
         norm_num_groups=2,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=32,
-    )
+    vae = tiny_vae(32, seed)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     pipe = StableDiffusionXLPipeline(
         vae=vae,
