@@ -6,7 +6,7 @@
   frozen UNet forward and backward to its inputs; the text encoder stays fp32 and runs under autocast when the dtype
   is 16-bit (accelerate's ``prepare``), the UNet and VAE are cast to the dtype.
 * ``naive``: the same loop with CatVersion residuals instead of an embedding row: the text encoder frozen, the
-  3 layers x (key, value) residual tensors trainable, caption ``"a photo of a dog"``.
+  3 layers x (key, value) residual tensors trainable, caption ``"a photo of a <class word>"``.
 * ``fast``: one optimizer step of the library's ``CatVersionTrainer`` (``optimizer_step([sample_batch(i)])``):
   latents cached once (the VAE posterior; a latent is drawn from it every step), the text encoder's layers before the
   first residual layer cached once for the fixed captions, frozen models cast to the dtype, residuals fp32.
@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from catversion_diffusers import add_catversion_adapter, default_catversion_layers, delete_catversion_adapters
 
 TI_TOKEN = "<sks>"
-TI_PROMPT = "a photo of a " + TI_TOKEN
-CATVERSION_PROMPT = "a photo of a dog"
+TEMPLATE = "a photo of a {}"  # the first caption template of textual inversion (and of the CatVersion trainer)
 ADAPTER_NAME = "benchmark"
 VARIANTS = ("ti", "naive", "fast", "floor")
 ABLATIONS = ("fast_no_latent_cache", "fast_no_text_cache", "fast_no_cache")
@@ -52,6 +51,7 @@ class Setting:
     num_tokens: int = 1
     seed: int = 0
     learning_rate: float = 5e-3
+    class_word: str = "dog"  # CatVersion's caption word and TI's initializer token
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -128,7 +128,7 @@ class TextualInversionStep:
         self.tokenizer = copy.deepcopy(shared.tokenizer)
         self.tokenizer.add_tokens(TI_TOKEN)
         self.placeholder_id = self.tokenizer.convert_tokens_to_ids(TI_TOKEN)
-        init_id = self.tokenizer.encode("dog", add_special_tokens=False)[0]
+        init_id = self.tokenizer.encode(setting.class_word, add_special_tokens=False)[0]
         self.text_encoder = shared.text_encoder_copy(torch.float32)
         self.text_encoder.resize_token_embeddings(len(self.tokenizer))
         embeddings = self.text_encoder.get_input_embeddings()
@@ -142,7 +142,7 @@ class TextualInversionStep:
             embeddings.parameters(), lr=setting.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
         )
         self.orig_embeds_params = embeddings.weight.data.clone()
-        self.input_ids = shared.input_ids(TI_PROMPT, self.tokenizer)
+        self.input_ids = shared.input_ids(TEMPLATE.format(TI_TOKEN), self.tokenizer)
 
     def step(self):
         s = self.shared
@@ -186,7 +186,7 @@ class NaiveCatVersionStep:
         self.optimizer = torch.optim.AdamW(
             [p for pair in self.residuals.values() for p in pair], lr=setting.learning_rate, weight_decay=1e-2
         )
-        self.input_ids = shared.input_ids(CATVERSION_PROMPT)
+        self.input_ids = shared.input_ids(TEMPLATE.format(setting.class_word))
 
     def step(self):
         s = self.shared
@@ -231,7 +231,7 @@ class LibraryStep:
         precision = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[setting.dtype]
         self._output = tempfile.TemporaryDirectory(prefix="catversion-bench-")
         config = CatVersionTrainingConfig(
-            class_word="dog",
+            class_word=setting.class_word,
             output_dir=self._output.name,
             resolution=setting.resolution,
             train_batch_size=setting.batch_size,
