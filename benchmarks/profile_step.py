@@ -102,7 +102,7 @@ def main(argv=None):
         with torch.profiler.profile(activities=activities) as prof:
             for _ in range(args.steps):
                 step.step()
-        sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+        sort = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
         print()
         print(prof.key_averages().table(sort_by=sort, row_limit=args.row_limit))
         close(step)
