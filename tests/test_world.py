@@ -7,10 +7,10 @@ import torch
 from catversion_diffusers.world import concepts as C
 from catversion_diffusers.world import generator as G
 
-# Floors for the bundled model on the small sample below (16 prompts, 20 DDIM steps, guidance 8). Measured on
-# 200 prompts (docs/world.md, 25 steps, guidance 8): shape 0.75, colour 0.93, background 0.585. The floors sit
-# clearly below, so that the noise of a 16-prompt sample does not make the test flaky.
-FLOORS = {"shape": 0.45, "colour": 0.65, "background": 0.3}
+# Floors for the bundled model on the small sample below (16 prompts, 20 DDIM steps, guidance 8), which measures
+# shape 0.875 / colour 1.0 / background 1.0; on 200 prompts (docs/world.md, 25 steps): 0.965 / 1.0 / 1.0. The
+# floors sit below, so that the noise of a 16-prompt sample does not make the test flaky.
+FLOORS = {"shape": 0.7, "colour": 0.8, "background": 0.8}
 
 
 # ------------------------------------------------------------------------------------------------- generator
@@ -32,7 +32,8 @@ def test_generator_pinned_output():
     """Guards against silent changes of the renderer or the RNG stream (the bundled weights were trained on it)."""
     img, mask, cap, scene = G.make_example(0)
     assert cap == scene.caption() and cap.startswith("a ") and cap.endswith(" background")
-    assert G.parse_caption(cap) == {"shape": scene.shape, "colour": scene.colour, "background": scene.background}
+    assert G.parse_caption(cap) == {"shape": scene.shape, "colour": scene.colour, "background": scene.background,
+                                    "pattern": None, "pattern_colours": None}
     images, masks, _, _ = G.make_dataset(50, seed=0)
     assert int(masks.sum()) == 11026
     assert int(images.astype(np.int64).sum()) == 22135574
@@ -44,13 +45,59 @@ def test_captions():
     assert G.caption_for("star", "red", "blue", "shape_colour") == "a red star"
     assert G.caption_for("star", "red", "gray", "shape_background") == "a star on a gray background"
     assert G.caption_for("star", style="empty") == ""
-    assert G.parse_caption("a circle") == {"shape": "circle", "colour": None, "background": None}
+    none = {"colour": None, "background": None, "pattern": None, "pattern_colours": None}
+    assert G.parse_caption("a circle") == {**none, "shape": "circle"}
     assert G.parse_caption("a blue square on a blue background") is not None
     assert G.parse_caption("a yellow star on a blue background") == {
-        "shape": "star", "colour": "yellow", "background": "blue"}
+        **none, "shape": "star", "colour": "yellow", "background": "blue"}
     caps = G.all_captions()
     assert "" in caps and "a red circle on a blue background" in caps
     assert "a blue circle on a blue background" not in caps
+    assert len(caps) == 4 * (1 + 5 + 4 + 5 * 4 - 1) + 1  # per shape: alone, colours, backgrounds, full pairs; ""
+
+
+def test_pattern_captions_parse_back_and_match_their_scene():
+    stripes = ("stripes", "green", "orange", 4.0)
+    assert G.caption_for("circle", "red", "blue", pattern=stripes) == (
+        "a green and orange striped circle on a blue background")
+    assert G.caption_for("circle", "red", "blue", "shape_colour", pattern=stripes) == "a green and orange striped circle"
+    assert G.caption_for("circle", "red", "blue", "pattern_background", pattern=stripes) == (
+        "a striped circle on a blue background")
+    assert G.caption_for("star", "red", None, "pattern", pattern=("halves", "red", "cyan")) == "a two tone star"
+    assert G.caption_for("circle", "red", "blue", "shape", pattern=stripes) == "a circle"  # the class covers it
+    assert G.parse_caption("a green and red two tone triangle on a white background") == {
+        "shape": "triangle", "colour": None, "background": "white", "pattern": "halves",
+        "pattern_colours": ("green", "red")}
+    rng = np.random.default_rng(4)
+    n_patterned = 0
+    for _ in range(300):
+        scene = G.sample_pretraining_scene(rng)
+        n_patterned += scene.pattern is not None
+        assert not G.is_held_out(scene.shape, scene.pattern)
+        for style, _p in (G.PATTERN_CAPTION_STYLES if scene.pattern else G.CAPTION_STYLES):
+            assert G.caption_matches_scene(G.parse_caption(scene.caption(style)), scene), (scene, style)
+    assert 0.25 < n_patterned / 300 < 0.45  # PRETRAINING_PATTERN_PROB = 0.35
+    plain = G.Scene("circle", "red", "blue", 16, 16, 8)
+    red_stripes = G.Scene("circle", "red", "blue", 16, 16, 8, ("stripes", "red", "yellow", 4.0))
+    assert not G.caption_matches_scene(G.parse_caption("a red circle"), red_stripes)  # plain colour: plain only
+    assert not G.caption_matches_scene(G.parse_caption("a striped circle"), plain)
+    assert not G.caption_matches_scene(G.parse_caption("a yellow and red striped circle"), red_stripes)  # order
+    assert G.caption_matches_scene(G.parse_caption("a circle on a blue background"), red_stripes)
+
+
+def test_concepts_are_held_out_of_pretraining():
+    """Every personal concept's (shape, pattern kind, colours) is excluded from the world model's training data and
+    captions, while its parts (the pattern on other shapes, the shape with other patterns) are not."""
+    caps = set(G.all_captions(include_patterns=True))
+    for concept in C.CONCEPTS.values():
+        kind, c1, c2 = concept.pattern[:3]
+        assert G.is_held_out(concept.class_word, concept.pattern)
+        word = G.PATTERN_WORDS[kind]
+        assert f"a {c1} and {c2} {word} {concept.class_word}" not in caps
+        assert f"a {c2} and {c1} {word} {concept.class_word}" not in caps
+        other_shape = next(s for s in G.SHAPES if s != concept.class_word)
+        assert f"a {c1} and {c2} {word} {other_shape}" in caps
+        assert f"a {word} {concept.class_word}" in caps
 
 
 def test_world_words_are_single_tokens(tmp_path):
@@ -168,6 +215,15 @@ def test_concepts_are_not_plain_objects_nor_each_other():
         for other in C.CONCEPTS.values():
             if other is not concept:
                 assert not any(C.concept_match(img, concept)["match"] for img, _ in other.references())
+
+
+def test_mirror_invariance_of_concepts():
+    """Stripes survive a horizontal flip; left-green / right-red halves become another object (so training on that
+    concept must not use flipped views)."""
+    for concept in C.CONCEPTS.values():
+        flipped = [C.concept_match(np.ascontiguousarray(img[:, ::-1]), concept)["match"] for img, _ in concept.references()]
+        assert all(flipped) == concept.mirror_invariant, concept.name
+    assert not C.get_concept("two_tone_triangle").mirror_invariant
 
 
 def test_concept_export(tmp_path):

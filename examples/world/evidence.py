@@ -62,7 +62,7 @@ def train_textual_inversion(concept, steps: int, lr: float, seed: int, output_di
     images = []
     for image in concept.reference_images():
         array = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
-        images += [array, array.flip(-1)]
+        images += [array, array.flip(-1)] if concept.mirror_invariant else [array]
     with torch.no_grad():
         posterior = vae.encode(torch.stack(images)).latent_dist
     ids = tokenizer(f"a {PLACEHOLDER}", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
@@ -122,9 +122,9 @@ def mean_ci(values: List[float]) -> Dict[str, float]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="CatVersion evidence in the offline world (Tables 1 and 3).")
     parser.add_argument("--output_dir", default="evidence_output")
-    parser.add_argument("--concepts", nargs="+", default=["two_tone_triangle"])
+    parser.add_argument("--concepts", nargs="+", default=["striped_circle"])
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per method")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--learning_rate", type=float, default=1e-2)
     parser.add_argument("--ti_learning_rate", type=float, default=5e-3)
     parser.add_argument("--image_seeds", type=int, default=4)

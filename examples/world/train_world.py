@@ -6,14 +6,17 @@
 Stages (run in order; each later stage loads what the earlier ones saved in ``--out``):
 
 1. ``clip``: a small CLIP (text tower: ``CLIPTextModel``, 6 layers, hidden 64; vision tower: ViT 32 px, patch 4)
-   trained contrastively on the procedural world. Its text tower becomes the pipeline's frozen ``text_encoder``;
-   the whole CLIP is kept as the world's evaluation CLIP (``eval_clip/``).
+   trained contrastively on the world's pretraining distribution (plain and patterned objects, the personal
+   concepts' combinations held out). Its text tower becomes the pipeline's frozen ``text_encoder``; the whole CLIP
+   is kept as the world's evaluation CLIP (``eval_clip/``).
 2. ``vae``: an ``AutoencoderKL`` (32 px <-> 4 x 16 x 16 latents); its ``scaling_factor`` is set to 1 / latent std.
-3. ``unet``: a ``UNet2DConditionModel`` (epsilon prediction, SD's scaled-linear betas, 10 % empty captions for
-   classifier-free guidance, min-SNR weighting, EMA) on VAE latents conditioned on the frozen text encoder.
-4. ``eval``: prompt following of the saved ``StableDiffusionPipeline`` measured with the pixel checkers.
+3. ``vae_decoder``: the decoder alone fine-tuned on plain and randomly patterned scenes (a general codec).
+4. ``unet``: a ``UNet2DConditionModel`` (epsilon prediction with offset noise, SD's scaled-linear betas, 10 % empty
+   captions for classifier-free guidance, min-SNR weighting, EMA) on VAE latents conditioned on the frozen text
+   encoder; ``unet_more`` continues it at a lower rate with more patterned objects.
+5. ``eval``: prompt following of the saved ``StableDiffusionPipeline`` measured with the pixel checkers.
 
-Everything runs with one CPU thread and fixed seeds. Total time on one shared CPU core: see docs/world.md.
+Everything runs on the CPU (two torch threads by default) with fixed seeds. Run time: see docs/world.md.
 """
 
 import argparse
@@ -64,14 +67,7 @@ def text_features(model, **kwargs):
 
 def compatible(caption_attrs, scenes):
     """(n_captions, n_images) bool: caption names only attributes the scene has."""
-    out = np.ones((len(caption_attrs), len(scenes)), dtype=bool)
-    for i, attrs in enumerate(caption_attrs):
-        for j, s in enumerate(scenes):
-            for k, v in attrs.items():
-                if v is not None and getattr(s, k) != v:
-                    out[i, j] = False
-                    break
-    return out
+    return np.array([[G.caption_matches_scene(attrs, s) for s in scenes] for attrs in caption_attrs], dtype=bool)
 
 
 def train_clip(out, steps, batch, seed):
@@ -90,7 +86,7 @@ def train_clip(out, steps, batch, seed):
     model = CLIPModel(config).train()
     log(f"clip: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
 
-    captions = G.all_captions(include_empty=False)
+    captions = G.all_captions(include_empty=False, include_patterns=True)
     cap_index = {c: i for i, c in enumerate(captions)}
     cap_attrs = [G.parse_caption(c) for c in captions]
     # Causal attention: the EOS-pooled features never see later padding, so training on 16 tokens gives exactly the
@@ -102,9 +98,10 @@ def train_clip(out, steps, batch, seed):
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, 1e-3)
-        scenes = [G.sample_scene(rng) for _ in range(batch)]
+        scenes = [G.sample_pretraining_scene(rng) for _ in range(batch)]
         images = np.stack([G.render(s)[0] for s in scenes])
-        caps = [s.caption(G.sample_caption_style(rng, allow_empty=False)) for s in scenes]
+        caps = [s.caption(G.sample_caption_style(rng, allow_empty=False, patterned=s.pattern is not None))
+                for s in scenes]
         idx = torch.tensor([cap_index[c] for c in caps])
         img_emb = F.normalize(image_features(model, to_tensor(images)), dim=-1)
         txt_emb = F.normalize(text_features(model, input_ids=cap_ids.input_ids[idx]), dim=-1)
@@ -312,7 +309,8 @@ def make_scheduler():
     )
 
 
-def train_unet(out, steps, batch, seed, n_images=16000, snr_gamma=5.0, ema_decay=0.995, resume=False, lr=1e-3):
+def train_unet(out, steps, batch, seed, n_images=16000, snr_gamma=5.0, ema_decay=0.995, resume=False, lr=1e-3,
+               offset_noise=0.1, pattern_prob=G.PRETRAINING_PATTERN_PROB):
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -321,22 +319,26 @@ def train_unet(out, steps, batch, seed, n_images=16000, snr_gamma=5.0, ema_decay
     text_encoder = CLIPTextModel.from_pretrained(os.path.join(out, "text_encoder")).eval()
     vae = AutoencoderKL.from_pretrained(os.path.join(out, "vae")).eval()
     t0 = time.time()
-    captions = G.all_captions(include_empty=True)
+    captions = G.all_captions(include_empty=True, include_patterns=True)
     cap_index = {c: i for i, c in enumerate(captions)}
     with torch.no_grad():
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
-        cap_emb = text_encoder(ids)[0]
-        images, _, _, scenes = G.make_dataset(n_images, seed=seed)
+        cap_emb = torch.cat([text_encoder(ids[i:i + 256])[0] for i in range(0, len(ids), 256)])
+        images, _, _, scenes = G.make_dataset(n_images, seed=seed + (1000 if resume else 0), pattern_prob=pattern_prob)
         means, stds = [], []
         for i in range(0, n_images, 500):
             d = vae.encode(to_tensor(images[i:i + 500])).latent_dist
             means.append(d.mean)
             stds.append(d.std)
         lat_mean, lat_std = torch.cat(means), torch.cat(stds)
-    styles = [s for s, _ in G.CAPTION_STYLES]
-    style_p = np.array([p for _, p in G.CAPTION_STYLES])
-    cap_table = np.array([[cap_index[s.caption(st)] for st in styles] for s in scenes])
+    # Caption of every image in every style; plain images use the plain styles' table, patterned ones the other.
+    styles = [s for s, _ in G.PATTERN_CAPTION_STYLES]
+    p_plain = dict(G.CAPTION_STYLES)
+    style_p = np.array([[p_plain.get(st, 0.0) for st in styles], [p for _, p in G.PATTERN_CAPTION_STYLES]])
+    cap_table = np.array([[cap_index[s.caption(st if s.pattern is not None or st in p_plain else "shape")]
+                           for st in styles] for s in scenes])
+    patterned = np.array([s.pattern is not None for s in scenes])
     log(f"unet data: {n_images} latents, {len(captions)} captions encoded in {time.time() - t0:.0f}s")
 
     if resume:  # continue from the saved (EMA) UNet with a fresh optimizer and a new data stream
@@ -361,11 +363,13 @@ def train_unet(out, steps, batch, seed, n_images=16000, snr_gamma=5.0, ema_decay
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup=200 if not resume else 50)
         idx = rng.integers(n_images, size=batch)
-        st = rng.choice(len(styles), size=batch, p=style_p)
+        st = np.array([rng.choice(len(styles), p=style_p[int(patterned[i])]) for i in idx])
         cond = cap_emb[torch.from_numpy(cap_table[idx, st])]
         i_t = torch.from_numpy(idx)
         latents = (lat_mean[i_t] + lat_std[i_t] * torch.randn_like(lat_mean[i_t])) * scale
         noise = torch.randn_like(latents)
+        if offset_noise:  # offset noise: lets the model change an image's mean, so flat backgrounds stay saturated
+            noise = noise + offset_noise * torch.randn(batch, latents.shape[1], 1, 1)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
         noisy = noise_sched.add_noise(latents, noise, t)
         pred = unet(noisy, t, cond).sample
@@ -421,15 +425,17 @@ def main(argv=None):
     p.add_argument("--stages", default="clip,vae,vae_decoder,unet,unet_more,eval",
                    help="comma-separated subset of clip,vae,vae_decoder,unet,unet_more,eval (run in this order)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-steps", type=int, default=800)
+    p.add_argument("--clip-steps", type=int, default=1600)
     p.add_argument("--vae-steps", type=int, default=500)
     p.add_argument("--vae-decoder-steps", type=int, default=300)
-    p.add_argument("--unet-steps", type=int, default=1000)
-    p.add_argument("--unet-more-steps", type=int, default=700)
+    p.add_argument("--unet-steps", type=int, default=3000)
+    p.add_argument("--unet-more-steps", type=int, default=1200)
+    p.add_argument("--unet-more-pattern-prob", type=float, default=0.5,
+                   help="share of patterned objects in the unet_more stage (unet: generator.PRETRAINING_PATTERN_PROB)")
     p.add_argument("--unet-batch", type=int, default=64)
-    p.add_argument("--unet-images", type=int, default=16000, help="size of the pre-encoded latent training set")
+    p.add_argument("--unet-images", type=int, default=20000, help="size of the pre-encoded latent training set")
     p.add_argument("--eval-samples", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the bundled weights: 2)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = os.path.abspath(args.out)
@@ -448,17 +454,17 @@ def main(argv=None):
         stats.update({"unet_steps": args.unet_steps, "unet_batch": args.unet_batch})
     if "unet_more" in stages:  # second phase: continue from the saved UNet at a lower learning rate
         more = train_unet(out, args.unet_more_steps, args.unet_batch, args.seed, n_images=args.unet_images,
-                          resume=True, lr=5e-4)
+                          resume=True, lr=5e-4, pattern_prob=args.unet_more_pattern_prob)
         stats.update({"unet_more_seconds": more["unet_seconds"], "unet_more_steps": args.unet_more_steps})
     has_unet = os.path.isdir(os.path.join(out, "unet"))
     if {"unet", "unet_more", "assemble"} & set(stages) or ("vae_decoder" in stages and has_unet):
         assemble(out)
     if "eval" in stages:
-        from catversion_diffusers.world import load_world_pipeline
+        from catversion_diffusers.world import DEFAULT_GUIDANCE_SCALE, load_world_pipeline
         from catversion_diffusers.world.evaluation import evaluate_prompt_following
 
         pipe = load_world_pipeline(out)
-        res = evaluate_prompt_following(pipe, n=args.eval_samples, seed=1234)
+        res = evaluate_prompt_following(pipe, n=args.eval_samples, seed=1234, guidance_scale=DEFAULT_GUIDANCE_SCALE)
         log("prompt following:", {k: v for k, v in res.items() if k != "records"})
         stats["prompt_following"] = {k: v for k, v in res.items() if k != "records"}
     old = json.load(open(stats_path)) if os.path.exists(stats_path) else {}  # re-read: stages may run in parallel

@@ -145,6 +145,7 @@ def train_world_concept(
         seed=seed,
         overwrite_output_dir=True,
         mixed_precision="no",
+        flip_p=0.5 if concept.mirror_invariant else 0.0,  # a flipped two-tone object is another object
     )
     return CatVersionTrainer(load_world_pipeline(), config).train(concept.reference_images())
 
@@ -152,8 +153,8 @@ def train_world_concept(
 def run_demo(
     output_dir: str = "demo_output",
     concept_name: str = "striped_circle",
-    max_train_steps: int = 400,
-    learning_rate: float = 5e-3,
+    max_train_steps: int = 800,
+    learning_rate: float = 1e-2,
     num_seeds: int = 3,
     num_inference_steps: int = 25,
     guidance_scale: float = 8.0,
@@ -219,8 +220,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--concept", default="striped_circle", help="one of catversion_diffusers.world.CONCEPTS")
-    parser.add_argument("--max_train_steps", type=int, default=400)
-    parser.add_argument("--learning_rate", type=float, default=5e-3)
+    parser.add_argument("--max_train_steps", type=int, default=800)
+    parser.add_argument("--learning_rate", type=float, default=1e-2, help="the authors' effective rate")
     parser.add_argument("--num_seeds", type=int, default=3)
     parser.add_argument("--num_inference_steps", type=int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=8.0)

@@ -1,9 +1,12 @@
 """Personal concepts of the offline world: patterned objects the pretrained world model never saw.
 
-Each concept is a two-colour pattern painted on a shape the world knows (its *class word*): the world's training
-data only ever contains single-colour objects, so the pattern is new while the class ("circle", ...) is familiar.
-Every concept ships 5 deterministic reference images with exact masks (:meth:`PersonalConcept.references`), and
-:func:`concept_match` tells from pixels whether a generated image shows the concept.
+Each concept is a two-colour pattern painted on a shape the world knows (its *class word*). The world model's
+pretraining data has plain and patterned objects, but never a concept's combination of shape, pattern kind and
+colours (:data:`~catversion_diffusers.world.generator.HELD_OUT_PATTERNS`): it knows "a circle", stripes and the
+colours green and yellow, never *this* green-and-yellow striped circle -- the situation of Stable Diffusion facing
+a user's own teapot. Every concept ships 5 deterministic reference images with exact masks
+(:meth:`PersonalConcept.references`), and :func:`concept_match` tells from pixels whether a generated image shows
+the concept.
 """
 
 import os
@@ -27,6 +30,12 @@ class PersonalConcept:
     @property
     def colours(self) -> Tuple[str, str]:
         return self.pattern[1], self.pattern[2]
+
+    @property
+    def mirror_invariant(self) -> bool:
+        """Whether a horizontal flip keeps the concept (stripes, checks) -- not for left/right halves, so training on
+        such a concept must not use flipped views."""
+        return self.pattern[0] != "halves"
 
     @property
     def prompt(self) -> str:

@@ -144,21 +144,37 @@ class Scene:
     pattern: Optional[Tuple] = field(default=None)
 
     def caption(self, style: str = "full") -> str:
-        return caption_for(self.shape, self.colour, self.background, style)
+        return caption_for(self.shape, self.colour, self.background, style, pattern=self.pattern)
+
+
+#: Caption words for each pattern kind ("a green and yellow striped circle").
+PATTERN_WORDS: Dict[str, str] = {"stripes": "striped", "checker": "checkered", "halves": "two tone"}
+PATTERN_KINDS: Tuple[str, ...] = tuple(PATTERN_WORDS)
 
 
 def caption_for(
-    shape: str, colour: Optional[str] = None, background: Optional[str] = None, style: str = "full"
+    shape: str, colour: Optional[str] = None, background: Optional[str] = None, style: str = "full",
+    pattern: Optional[Tuple] = None,
 ) -> str:
     """Caption of a scene. ``style``: "full" ("a red circle on a blue background"), "shape_colour" ("a red circle"),
-    "shape_background" ("a circle on a blue background"), "shape" ("a circle") or "empty" ("")."""
+    "shape_background" ("a circle on a blue background"), "shape" ("a circle") or "empty" ("").
+
+    For a patterned object (``pattern`` set) the colour is replaced by the pattern: "full" gives
+    "a green and yellow striped circle on a blue background", "shape_colour" "a green and yellow striped circle";
+    two more styles name the pattern without its colours: "pattern_background" ("a striped circle on a blue
+    background") and "pattern" ("a striped circle"). "shape_background" and "shape" never mention the pattern: a
+    striped circle is still "a circle"."""
     if style == "empty":
         return ""
     words = ["a"]
-    if style in ("full", "shape_colour") and colour:
+    if pattern is not None and style in ("full", "shape_colour"):
+        words += [pattern[1], "and", pattern[2], PATTERN_WORDS[pattern[0]]]
+    elif pattern is not None and style in ("pattern_background", "pattern"):
+        words.append(PATTERN_WORDS[pattern[0]])
+    elif style in ("full", "shape_colour") and colour:
         words.append(colour)
     words.append(shape)
-    if style in ("full", "shape_background") and background:
+    if style in ("full", "shape_background", "pattern_background") and background:
         words += ["on", "a", background, "background"]
     return " ".join(words)
 
@@ -282,10 +298,62 @@ CAPTION_STYLES: Tuple[Tuple[str, float], ...] = (
 )
 
 
-def sample_caption_style(rng: np.random.Generator, allow_empty: bool = True) -> str:
-    styles = [s for s, _ in CAPTION_STYLES if allow_empty or s != "empty"]
-    probs = np.array([p for s, p in CAPTION_STYLES if allow_empty or s != "empty"])
+#: Caption styles of patterned objects in the pretraining distribution (sum to 1): the class word alone ("a circle")
+#: covers patterned objects too, as "a dog" covers every dog.
+PATTERN_CAPTION_STYLES: Tuple[Tuple[str, float], ...] = (
+    ("full", 0.40),
+    ("shape_colour", 0.10),
+    ("pattern_background", 0.09),
+    ("pattern", 0.08),
+    ("shape_background", 0.12),
+    ("shape", 0.11),
+    ("empty", 0.10),
+)
+
+
+def sample_caption_style(rng: np.random.Generator, allow_empty: bool = True, patterned: bool = False) -> str:
+    table = PATTERN_CAPTION_STYLES if patterned else CAPTION_STYLES
+    styles = [s for s, _ in table if allow_empty or s != "empty"]
+    probs = np.array([p for s, p in table if allow_empty or s != "empty"])
     return styles[rng.choice(len(styles), p=probs / probs.sum())]
+
+
+#: Colours a pattern of the pretraining distribution may use (object colours plus the pattern-only ones).
+PATTERN_PALETTE: Tuple[str, ...] = tuple(ALL_COLOURS)
+#: Share of patterned objects in the pretraining distribution of the world model.
+PRETRAINING_PATTERN_PROB = 0.35
+#: (shape, pattern kind, colour pair) combinations held out of pretraining: the personal concepts of
+#: :mod:`.concepts` (a test checks that every concept is listed). The world model has seen green-and-yellow
+#: stripes (on squares, triangles, stars) and striped circles (in other colours), never a green-and-yellow striped
+#: circle -- as Stable Diffusion has seen mugs and teapots but not *your* teapot.
+HELD_OUT_PATTERNS = frozenset({
+    ("circle", "stripes", frozenset(("green", "yellow"))),
+    ("square", "checker", frozenset(("red", "yellow"))),
+    ("triangle", "halves", frozenset(("green", "red"))),
+})
+
+
+def is_held_out(shape: str, pattern: Optional[Tuple]) -> bool:
+    return pattern is not None and (shape, pattern[0], frozenset(pattern[1:3])) in HELD_OUT_PATTERNS
+
+
+def sample_pattern(rng: np.random.Generator) -> Tuple:
+    """Random two-colour pattern: kind, two different colours of :data:`PATTERN_PALETTE`, period 3-6 px."""
+    kind = PATTERN_KINDS[rng.integers(len(PATTERN_KINDS))]
+    i, j = rng.choice(len(PATTERN_PALETTE), size=2, replace=False)
+    c1, c2 = PATTERN_PALETTE[i], PATTERN_PALETTE[j]
+    return (kind, c1, c2) if kind == "halves" else (kind, c1, c2, float(rng.integers(3, 7)))
+
+
+def sample_pretraining_scene(rng: np.random.Generator, pattern_prob: float = PRETRAINING_PATTERN_PROB) -> Scene:
+    """A scene of the world model's pretraining distribution: a plain object (as :func:`sample_scene`) or, with
+    probability ``pattern_prob``, a patterned one, never one of :data:`HELD_OUT_PATTERNS`."""
+    if rng.random() >= pattern_prob:
+        return sample_scene(rng)
+    while True:
+        scene = sample_scene(rng, pattern=sample_pattern(rng))
+        if not is_held_out(scene.shape, scene.pattern):
+            return scene
 
 
 def make_example(seed: int, style: Optional[str] = "full"):
@@ -300,23 +368,27 @@ def make_example(seed: int, style: Optional[str] = "full"):
     return image, mask, scene.caption(style), scene
 
 
-def make_dataset(n: int, seed: int = 0, style: Optional[str] = None):
-    """``n`` examples from one seeded stream: (images uint8 (n,H,W,3), masks bool (n,H,W), captions, scenes)."""
+def make_dataset(n: int, seed: int = 0, style: Optional[str] = None, pattern_prob: float = 0.0):
+    """``n`` examples from one seeded stream: (images uint8 (n,H,W,3), masks bool (n,H,W), captions, scenes).
+
+    ``pattern_prob`` > 0 draws from the pretraining distribution (:func:`sample_pretraining_scene`), patterned
+    objects included; the default gives plain objects only."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
     captions: List[str] = []
     scenes: List[Scene] = []
     for i in range(n):
-        scene = sample_scene(rng)
+        scene = sample_pretraining_scene(rng, pattern_prob) if pattern_prob > 0 else sample_scene(rng)
         images[i], masks[i] = render(scene)
-        captions.append(scene.caption(style or sample_caption_style(rng)))
+        captions.append(scene.caption(style or sample_caption_style(rng, patterned=scene.pattern is not None)))
         scenes.append(scene)
     return images, masks, captions, scenes
 
 
-def all_captions(include_empty: bool = True) -> List[str]:
-    """Every caption the world's training distribution can produce (deduplicated, sorted)."""
+def all_captions(include_empty: bool = True, include_patterns: bool = False) -> List[str]:
+    """Every caption of plain objects (and, with ``include_patterns``, of the patterned objects of the pretraining
+    distribution, held-out combinations excluded) the world's training can produce (deduplicated, sorted)."""
     caps = set()
     for shape in SHAPES:
         caps.add(caption_for(shape, style="shape"))
@@ -327,26 +399,65 @@ def all_captions(include_empty: bool = True) -> List[str]:
             for colour in COLOURS:
                 if COLOURS[colour] != BACKGROUNDS[bg]:
                     caps.add(caption_for(shape, colour, bg, "full"))
+    if include_patterns:
+        for shape in SHAPES:
+            for kind in PATTERN_KINDS:
+                for bg in (None,) + tuple(BACKGROUNDS):
+                    style = "pattern_background" if bg else "pattern"
+                    caps.add(caption_for(shape, background=bg, style=style, pattern=(kind, "", "")))
+                    for c1 in PATTERN_PALETTE:
+                        for c2 in PATTERN_PALETTE:
+                            if c1 != c2 and not is_held_out(shape, (kind, c1, c2)):
+                                caps.add(caption_for(shape, background=bg, style="full" if bg else "shape_colour",
+                                                     pattern=(kind, c1, c2)))
     if include_empty:
         caps.add("")
     return sorted(caps)
 
 
-def parse_caption(caption: str) -> Dict[str, Optional[str]]:
-    """Attributes named in a caption: {"shape", "colour", "background"} (None where not named)."""
-    words = caption.lower().replace(",", " ").split()
-    out: Dict[str, Optional[str]] = {"shape": None, "colour": None, "background": None}
+def parse_caption(caption: str) -> Dict[str, object]:
+    """Attributes named in a caption: {"shape", "colour", "background", "pattern", "pattern_colours"} (None where not
+    named). A patterned caption ("a green and yellow striped circle") sets "pattern" (the kind) and
+    "pattern_colours" (the two colours, in order) and leaves "colour" None."""
+    words = caption.lower().replace(",", " ").replace("-", " ").split()
+    out: Dict[str, object] = {"shape": None, "colour": None, "background": None, "pattern": None,
+                              "pattern_colours": None}
     if "background" in words:
         i = words.index("background")
         if i > 0 and words[i - 1] in BACKGROUNDS:
             out["background"] = words[i - 1]
         words = words[: max(0, i - 1)]
+    text = " " + " ".join(words) + " "
+    for kind, word in PATTERN_WORDS.items():
+        if f" {word} " in text:
+            out["pattern"] = kind
+    colours = [w for w in words if w in ALL_COLOURS]
     for w in words:
         if w in SHAPES and out["shape"] is None:
             out["shape"] = w
-        elif w in COLOURS and out["colour"] is None:
-            out["colour"] = w
+    if out["pattern"] is not None:
+        if len(colours) >= 2:
+            out["pattern_colours"] = (colours[0], colours[1])
+    elif colours and colours[0] in COLOURS:
+        out["colour"] = colours[0]
     return out
+
+
+def caption_matches_scene(attrs: Dict[str, object], scene: Scene) -> bool:
+    """Is every attribute a caption names (``attrs`` from :func:`parse_caption`) true of ``scene``? A plain colour
+    ("a red circle") only matches plain objects; a pattern matches its kind and, when named, its colours in order."""
+    if attrs.get("shape") is not None and attrs["shape"] != scene.shape:
+        return False
+    if attrs.get("background") is not None and attrs["background"] != scene.background:
+        return False
+    if attrs.get("colour") is not None and (scene.pattern is not None or attrs["colour"] != scene.colour):
+        return False
+    if attrs.get("pattern") is not None:
+        if scene.pattern is None or scene.pattern[0] != attrs["pattern"]:
+            return False
+        if attrs.get("pattern_colours") is not None and tuple(attrs["pattern_colours"]) != tuple(scene.pattern[1:3]):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------ reading pixels back
