@@ -2,7 +2,7 @@
 
 - :mod:`.generator`: deterministic renderer (shapes x colours x backgrounds, 32 px), captions, exact masks and pixel
   attribute checkers.
-- :mod:`.concepts`: personal concepts (patterned objects never seen in pretraining) with reference images and masks.
+- :mod:`.concepts`: personal concepts (patterned objects held out of pretraining) with reference images and masks.
 - :func:`load_world_pipeline`: the bundled, pretrained ``StableDiffusionPipeline`` (weights in ``world/weights``,
   produced by ``examples/world/train_world.py``).
 - :func:`load_eval_clip`: the world's own CLIP (text + vision towers) for CLIP-style alignment metrics.
@@ -15,6 +15,7 @@ from .concepts import CONCEPTS, PersonalConcept, concept_match, get_concept
 from .generator import (
     BACKGROUNDS,
     COLOURS,
+    HELD_OUT_PATTERNS,
     IMAGE_SIZE,
     SHAPES,
     WORLD_WORDS,
@@ -22,11 +23,13 @@ from .generator import (
     all_captions,
     analyze_image,
     caption_for,
+    caption_matches_scene,
     check_image,
     make_dataset,
     make_example,
     parse_caption,
     render,
+    sample_pretraining_scene,
     sample_scene,
 )
 
@@ -101,9 +104,9 @@ def clip_text_embeddings(model, tokenizer, texts):
 
 
 __all__ = [
-    "BACKGROUNDS", "COLOURS", "CONCEPTS", "DEFAULT_GUIDANCE_SCALE", "DEFAULT_NUM_INFERENCE_STEPS", "EVAL_CLIP_DIR",
+    "BACKGROUNDS", "COLOURS", "CONCEPTS", "HELD_OUT_PATTERNS", "DEFAULT_GUIDANCE_SCALE", "DEFAULT_NUM_INFERENCE_STEPS", "EVAL_CLIP_DIR",
     "IMAGE_SIZE", "PersonalConcept", "SHAPES", "Scene", "WEIGHTS_DIR", "WORLD_WORDS", "all_captions",
-    "analyze_image", "caption_for", "check_image", "clip_image_embeddings", "clip_text_embeddings", "concept_match",
+    "analyze_image", "caption_for", "caption_matches_scene", "check_image", "clip_image_embeddings", "clip_text_embeddings", "concept_match",
     "get_concept", "load_eval_clip", "load_world_pipeline", "make_dataset", "make_example", "parse_caption", "render",
-    "sample_scene", "weights_available",
+    "sample_pretraining_scene", "sample_scene", "weights_available",
 ]
