@@ -17,7 +17,7 @@ from PIL import Image
 from ..utils import get_logger
 from .errors import EvaluationError
 from .images import IMAGE_EXTENSIONS, MASK_SUFFIX, ImageInput, is_mask_file, list_images, load_image
-from .models import DEFAULT_CLIPSEG_MODEL, ModelInput, _module_device_dtype, batched, load_pretrained, resolve_device
+from .models import DEFAULT_CLIPSEG_MODEL, ModelInput, _FrozenModel, batched, load_pretrained
 
 logger = get_logger(__name__)
 
@@ -267,7 +267,7 @@ def load_masks(
     return [to_mask_array(mask, size=size, threshold=threshold) for mask, size in zip(masks, sizes)]
 
 
-class CLIPSegMasker:
+class CLIPSegMasker(_FrozenModel):
     """Concept masks from CLIPSeg prompted with text (the class word, e.g. ``"dog"``).
 
     The mask is ``sigmoid(logits) >= threshold``, with the probability map (352 x 352 for the released model)
@@ -313,16 +313,7 @@ class CLIPSegMasker:
             processor = load_pretrained(
                 CLIPSegProcessor, source, "CLIPSeg processor", "`model=` or `--clipseg_model`", **load_kwargs
             )
-        if given and device is None and torch_dtype is None:
-            self.device, self.dtype = _module_device_dtype(model)
-        else:
-            self.device = (
-                resolve_device(device) if (device is not None or not given) else _module_device_dtype(model)[0]
-            )
-            self.dtype = torch_dtype or _module_device_dtype(model)[1]
-            model.to(self.device, self.dtype)
-        self.model = model.eval()
-        self.model.requires_grad_(False)
+        self._place(model, device, torch_dtype, given)
         self.processor = processor
         self.threshold = float(threshold)
         self.batch_size = batch_size
@@ -335,8 +326,6 @@ class CLIPSegMasker:
             images (`Sequence`): images (PIL, files, arrays).
             prompts (`str` or `Sequence[str]`): one prompt for all images, or one per image.
         """
-        from tqdm.auto import tqdm
-
         images = [load_image(image) for image in images]
         if isinstance(prompts, str):
             prompts = [prompts] * len(images)
@@ -346,9 +335,7 @@ class CLIPSegMasker:
         indices = list(range(len(images)))
         batches = list(batched(indices, self.batch_size))
         out: List[np.ndarray] = []
-        for batch in tqdm(
-            batches, desc="CLIPSeg masks", disable=not self.show_progress or len(batches) <= 1, leave=False
-        ):
+        for batch in self._progress(batches, "CLIPSeg masks"):
             inputs = self.processor(
                 text=[prompts[i] for i in batch],
                 images=[images[i] for i in batch],

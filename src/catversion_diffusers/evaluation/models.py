@@ -115,10 +115,10 @@ def batched(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + batch_size]
 
 
-class _Embedder:
-    """Shared plumbing: model placement, batching with a progress bar."""
+class _FrozenModel:
+    """Shared plumbing of the evaluation models: placement of a frozen model, batches with a progress bar."""
 
-    what = "model"
+    show_progress: bool = True
 
     def _place(self, model: torch.nn.Module, device, torch_dtype, given: bool) -> None:
         if given and device is None and torch_dtype is None:
@@ -134,6 +134,12 @@ class _Embedder:
 
     def _progress(self, batches: List[Sequence[Any]], desc: str):
         return tqdm(batches, desc=desc, disable=not self.show_progress or len(batches) <= 1, leave=False)
+
+
+class _Embedder(_FrozenModel):
+    """Image embeddings in batches (CLIP, DINO)."""
+
+    what = "model"
 
     def _pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         pil = [load_image(image) for image in images]
