@@ -115,6 +115,19 @@ class Shared:
         model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states.to(self.setting.dtype)).sample
         return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
 
+    def example_step(self, text_encoder, input_ids, optimizer) -> torch.Tensor:
+        """The body of the example's training loop: VAE encode, noise, the whole text encoder, the frozen UNet's loss,
+        backward and the optimizer step."""
+        latents = self.encode_latents()
+        noisy_latents, noise, timesteps = self.noisy(latents)
+        with self.setting.autocast():
+            encoder_hidden_states = text_encoder(input_ids)[0]
+        loss = self.unet_loss(noisy_latents, timesteps, encoder_hidden_states.to(self.setting.dtype), noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss
+
 
 # ------------------------------------------------------------------------------------------------------ TI example
 class TextualInversionStep:
@@ -145,15 +158,7 @@ class TextualInversionStep:
         self.input_ids = shared.input_ids(TEMPLATE.format(TI_TOKEN), self.tokenizer)
 
     def step(self):
-        s = self.shared
-        latents = s.encode_latents()
-        noisy_latents, noise, timesteps = s.noisy(latents)
-        with s.setting.autocast():
-            encoder_hidden_states = self.text_encoder(self.input_ids)[0]
-        loss = s.unet_loss(noisy_latents, timesteps, encoder_hidden_states.to(s.setting.dtype), noise)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        loss = self.shared.example_step(self.text_encoder, self.input_ids, self.optimizer)
         # Let's make sure we don't update any embedding weights besides the newly added token (the example's words)
         index_no_updates = torch.ones((len(self.tokenizer),), dtype=torch.bool)
         index_no_updates[self.placeholder_id : self.placeholder_id + 1] = False
@@ -189,16 +194,7 @@ class NaiveCatVersionStep:
         self.input_ids = shared.input_ids(TEMPLATE.format(setting.class_word))
 
     def step(self):
-        s = self.shared
-        latents = s.encode_latents()
-        noisy_latents, noise, timesteps = s.noisy(latents)
-        with s.setting.autocast():
-            encoder_hidden_states = self.text_encoder(self.input_ids)[0]
-        loss = s.unet_loss(noisy_latents, timesteps, encoder_hidden_states.to(s.setting.dtype), noise)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        return loss.detach()
+        return self.shared.example_step(self.text_encoder, self.input_ids, self.optimizer).detach()
 
     def encoder_hidden_states(self) -> torch.Tensor:
         with torch.no_grad():
