@@ -203,9 +203,7 @@ def train_vae(out, steps, batch, seed, kl_weight=1e-5):
         x = to_tensor(images)
         lat = vae.encode(x).latent_dist.sample()
         std = lat.std().item()
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        ok = np.mean([all(G.check_image(r, s.caption()).values()) for r, s in zip(rec_u8, scenes)])
+        ok = np.mean([all(G.check_image(r, s.caption()).values()) for r, s in zip(vae_roundtrip(vae, images), scenes)])
     vae.register_to_config(scaling_factor=1.0 / std)
     vae.save_pretrained(os.path.join(out, "vae"))
     log(f"vae latent std {std:.3f} mean {lat.mean().item():.3f}; reconstructions pass all checks: {ok:.3f}")
@@ -269,19 +267,22 @@ def finetune_vae_decoder(out, steps, batch, seed):
 
 
 @torch.no_grad()
+def vae_roundtrip(vae, images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> encode (posterior mode) -> decode -> uint8 (N, H, W, 3)."""
+    rec = vae.decode(vae.encode(to_tensor(images)).latent_dist.mode()).sample
+    return ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
 def vae_quality(vae, seed):
     from catversion_diffusers.world.concepts import CONCEPTS, concept_match
 
-    def roundtrip(images):
-        rec = vae.decode(vae.encode(to_tensor(images)).latent_dist.mode()).sample
-        return ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
     images, _, _, scenes = G.make_dataset(256, seed=20_000 + seed)
-    ok = np.mean([all(G.check_image(r, s.caption()).values()) for r, s in zip(roundtrip(images), scenes)])
+    ok = np.mean([all(G.check_image(r, s.caption()).values()) for r, s in zip(vae_roundtrip(vae, images), scenes)])
     concept_ok = {}
     for c in CONCEPTS.values():
         refs = np.stack([img for img, _ in c.references()])
-        concept_ok[c.name] = float(np.mean([concept_match(r, c)["match"] for r in roundtrip(refs)]))
+        concept_ok[c.name] = float(np.mean([concept_match(r, c)["match"] for r in vae_roundtrip(vae, refs)]))
     return {"vae_recon_all_checks": float(ok), "vae_recon_concept_match": concept_ok}
 
 
